@@ -1,0 +1,1 @@
+"""Continuous normalizing flows in pure torch: fields, divergence, solver options, CNF blocks."""
