@@ -1,1 +1,5 @@
-"""analysis package."""
+"""Analysis of trained flows: Hessian spectrum over surviving weights, and plots of flows at time t."""
+
+__all__ = ["HessianStats", "ParameterCoordinates", "SpectralDensity", "hessian_stats"]
+
+from sparse_cnf.analysis.hessian import HessianStats, ParameterCoordinates, SpectralDensity, hessian_stats
