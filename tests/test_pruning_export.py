@@ -129,3 +129,31 @@ def test_export_trains_as_dense():
     exported(t, z).sum().backward()
 
     assert all(p.grad is not None for p in exported.parameters())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "concatsquash"])
+def test_export_flows_fields(kind):
+    from sparse_cnf.flows.fields import build_field
+
+    torch.manual_seed(0)
+    model = build_field(kind, 3, (32, 32, 32), "softplus").double()
+    _prune(model, 0.5)
+    t, z = _inputs(3)
+
+    exported = export_structured(model)
+
+    assert torch.allclose(exported(t, z), model(t, z), rtol=0.0, atol=1e-6)
+    assert _size(exported) == count_parameters(model).nonzero
+
+
+def test_export_cnf_log_prob():
+    cnf_module = pytest.importorskip("sparse_cnf.flows.cnf")
+    torch.manual_seed(0)
+    cnf = cnf_module.build_cnf(2, "concatsquash", (16, 16), num_blocks=2, learnable_T=True).double()
+    _prune(cnf, 0.5)
+    x = _inputs()[1][:16]
+
+    exported = export_structured(cnf)
+
+    assert _size(exported) == count_parameters(cnf).nonzero
+    assert torch.allclose(exported.log_prob(x), cnf.log_prob(x), rtol=0.0, atol=1e-6)

@@ -178,3 +178,14 @@ def test_conf_exact_nonzero_counts(name):
     for ratio in schedule.ratios:
         counts = prune_unstructured(model, ratio, dense_total=dense_total)
         assert counts.nonzero == round((1 - ratio) * dense_total), ratio
+
+
+def test_toy_counts_concatsquash():
+    from sparse_cnf.flows.fields import build_field
+
+    model = build_field("concatsquash", 2, (64, 64, 64))
+    dense_total = count_parameters(model).total
+
+    for ratio in PAPER_SCHEDULES["toy"].ratios:
+        counts = prune_unstructured(model, ratio, dense_total=dense_total)
+        assert counts.nonzero == round((1 - ratio) * dense_total), ratio

@@ -106,33 +106,6 @@ class _Ranking:
         return masks
 
 
-def _layer_positions(fields: list[FieldStructure]) -> dict[int, tuple[int, int]]:
-    """Map id(layer) to (field number, layer index) for every layer of every field."""
-    return {id(layer): (f, index) for f, field in enumerate(fields) for index, layer in enumerate(field.layers)}
-
-
-def _revives_neuron(
-    fields: list[FieldStructure],
-    removed: list[list[Tensor]],
-    where: dict[int, tuple[int, int]],
-    layer: nn.Module,
-    position: int,
-) -> bool:
-    """Return whether unmasking flat `position` of `layer` would give a removed neuron a weight again."""
-    if id(layer) not in where:
-        return False
-
-    f, index = where[id(layer)]
-    shape = layer.weight_mask.shape
-    row_size = layer.weight_mask[0].numel()
-    row, column = position // row_size, (position % row_size) // (row_size // shape[1])
-    if index < len(removed[f]) and bool(removed[f][index][row]):
-        return True
-    neuron = column - fields[f].time_columns
-
-    return index > 0 and neuron >= 0 and bool(removed[f][index - 1][neuron])
-
-
 def _largest_keep(model: nn.Module, ranking: _Ranking, target: int) -> tuple[int, int]:
     """Find the largest number of kept entries whose nonzero count is at most `target`.
 
@@ -166,23 +139,49 @@ def _largest_keep(model: nn.Module, ranking: _Ranking, target: int) -> tuple[int
     return low, low_count
 
 
-def _fill_deficit(model: nn.Module, ranking: _Ranking, keep: int, deficit: int) -> None:
-    """Unmask the `deficit` next-ranked entries that revive no removed neuron.
+def _set_entry(ranking: _Ranking, rank: int, value: bool) -> None:
+    layer = ranking.layers[int(ranking.owners[rank])]
+    layer.weight_mask.view(-1)[int(ranking.positions[rank])] = value
 
-    Reviving a neuron brings back its bias too, so the binary search can step over the target.
-    Entries between live neurons add exactly 1 each and close the gap.
+
+def _step_by_ones(model: nn.Module, ranking: _Ranking, ranks: range, value: bool, steps: int) -> int:
+    """Set the mask entries at `ranks` to `value` one by one, keeping only changes of exactly 1.
+
+    A change that removes or revives a neuron moves the nonzero count by more than 1 (its bias
+    goes or comes back), so it is undone. Returns the steps still missing.
     """
-    fields = find_fields(model)
-    removed = [removed_neurons(field) for field in fields]
-    where = _layer_positions(fields)
-    rank = keep
-    while deficit > 0 and rank < len(ranking):
-        layer = ranking.layers[int(ranking.owners[rank])]
-        position = int(ranking.positions[rank])
-        if not _revives_neuron(fields, removed, where, layer, position):
-            layer.weight_mask.view(-1)[position] = True
-            deficit -= 1
-        rank += 1
+    nonzero = count_parameters(model).nonzero
+    sign = 1 if value else -1
+    for rank in ranks:
+        if steps == 0:
+            break
+        _set_entry(ranking, rank, value)
+        changed = count_parameters(model).nonzero
+        if changed == nonzero + sign:
+            nonzero, steps = changed, steps - 1
+        else:
+            _set_entry(ranking, rank, not value)
+
+    return steps
+
+
+def _close_gap(model: nn.Module, ranking: _Ranking, keep: int, nonzero: int, target: int) -> None:
+    """Reach `target` exactly when keeping `keep` entries gives fewer and `keep` + 1 gives more.
+
+    First the next-ranked entries that revive no neuron are unmasked. If that fails, the entry at
+    rank `keep` is kept and the smallest kept entries whose removal kills no neuron are masked.
+    Either way only a few entries differ from plain magnitude order. When both fail, the masks
+    of `keep` entries stay.
+    """
+    if _step_by_ones(model, ranking, range(keep, len(ranking)), True, target - nonzero) == 0:
+        return
+
+    _write_masks(ranking.layers, ranking.masks(keep + 1))
+    excess = count_parameters(model).nonzero - target
+    if _step_by_ones(model, ranking, range(keep, -1, -1), False, excess) == 0:
+        return
+
+    _write_masks(ranking.layers, ranking.masks(keep))
 
 
 def prune_unstructured(model: nn.Module, ratio: float, dense_total: int | None = None) -> ParameterCounts:
@@ -204,9 +203,9 @@ def prune_unstructured(model: nn.Module, ratio: float, dense_total: int | None =
         The counts after pruning.
 
     Raises:
-        ValueError: when `ratio` is outside [0, 1), below the current prune ratio, or cannot be
-            reached because the parameters that are never pruned already exceed
-            (1 - ratio) * dense_total; the model is left unchanged.
+        ValueError: when `ratio` is outside [0, 1) or below the current prune ratio, or when more
+            than (1 - ratio) * dense_total parameters remain even with every masked-layer weight
+            pruned. The model is left unchanged.
 
     References:
         Learning both Weights and Connections for Efficient Neural Networks. S. Han, 2015,
@@ -242,7 +241,7 @@ def _prune_unstructured(model: nn.Module, ratio: float, dense_total: int | None)
             "field, or count a ratio over fewer parameters."
         )
     if nonzero < target:
-        _fill_deficit(model, ranking, keep, target - nonzero)
+        _close_gap(model, ranking, keep, nonzero, target)
 
     apply_masks(model)
     counts = count_parameters(model)
@@ -250,8 +249,8 @@ def _prune_unstructured(model: nn.Module, ratio: float, dense_total: int | None)
     if not _within_tolerance(counts.nonzero, ratio, dense_total):
         message = (
             f"unstructured pruning reached prune ratio {1.0 - counts.nonzero / dense_total:.5f}, not the "
-            f"requested {ratio!r} within {RATIO_TOLERANCE:.1%} relative, because every remaining weight "
-            "would revive a removed neuron; request a nearby ratio."
+            f"requested {ratio!r} within {RATIO_TOLERANCE:.1%} relative, because at this sparsity keeping "
+            "or dropping one more weight revives or removes whole neurons; request a nearby ratio."
         )
 
     return counts, message
@@ -366,9 +365,9 @@ def prune_structured(model: nn.Module, ratio: float, dense_total: int | None = N
         The counts after pruning.
 
     Raises:
-        ValueError: when `ratio` is outside [0, 1) or below the current prune ratio, when the
-            model has no hidden layer to cut, or when even one neuron per hidden layer leaves more
-            than (1 - ratio) * dense_total parameters; the model is left unchanged.
+        ValueError: when `ratio` is outside [0, 1) or below the current prune ratio, or when the
+            model has no hidden layer to cut. Also when even one neuron per hidden layer leaves
+            more than (1 - ratio) * dense_total parameters. The model is left unchanged.
 
     Warns:
         UserWarning: when the closest reachable ratio is more than `RATIO_TOLERANCE` (relative)
