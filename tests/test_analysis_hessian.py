@@ -358,3 +358,70 @@ def test_loss_without_graph_raises():
 
     with pytest.raises(ValueError, match="no_grad"):
         hessian_stats(model, detached_loss)
+
+
+
+class _NLLOf(nn.Module):
+    """Mean NLL of a CNF as a module, so that `functional_call` can swap its parameters."""
+
+    def __init__(self, cnf: nn.Module):
+        super().__init__()
+
+        self.cnf = cnf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.cnf.log_prob(x).mean()
+
+
+@pytest.fixture(scope="module")
+def pruned_cnf():
+    from sparse_cnf.flows import build_cnf
+
+    torch.manual_seed(0)
+    cnf = build_cnf(2, "mlp", hidden=(4,), solver={"method": "rk4", "step_size": 0.25}).to(DTYPE)
+    first, second = (module for module in cnf.modules() if isinstance(module, MaskedLinear))
+    with torch.no_grad():
+        first.weight_mask[0, :2] = False
+        second.weight_mask[1, 3] = False
+        for layer in (first, second):
+            layer.weight.mul_(layer.weight_mask)
+    x = _data()
+    full, _ = _reference_hessian(_NLLOf(cnf), x)
+
+    keep, offset = [], 0
+    for name, parameter in cnf.named_parameters():
+        module = cnf.get_submodule(name.rsplit(".", 1)[0])
+        mask = module.weight_mask if name.endswith("weight") else torch.ones_like(parameter, dtype=torch.bool)
+        keep.extend(offset + i for i in torch.nonzero(mask.flatten()).flatten().tolist())
+        offset += parameter.numel()
+
+    return cnf, x, full[keep][:, keep]
+
+
+def test_cnf_exact_is_restriction(pruned_cnf):
+    cnf, x, restricted = pruned_cnf
+    stats = hessian_stats(cnf, lambda m: -m.log_prob(x).mean(), method="exact")
+
+    assert stats.num_coordinates == sum(p.numel() for p in cnf.parameters()) - 3
+    assert np.allclose(stats.matrix, restricted.numpy(), rtol=1e-6, atol=1e-9)
+    assert stats.trace == pytest.approx(torch.trace(restricted).item(), rel=1e-6)
+
+
+def test_cnf_lanczos_matches_dense(pruned_cnf):
+    cnf, x, restricted = pruned_cnf
+    eigenvalues = torch.linalg.eigvalsh(restricted)
+    stats = hessian_stats(cnf, lambda m: -m.log_prob(x).mean(), method="lanczos", eigsh_tol=1e-10)
+
+    assert stats.lambda_max == pytest.approx(eigenvalues[-1].item(), rel=1e-4)
+    assert stats.lambda_min == pytest.approx(eigenvalues[0].item(), rel=1e-4)
+
+
+def test_cnf_state_unchanged(pruned_cnf):
+    cnf, x, _ = pruned_cnf
+    cnf.train()
+    before = _state_copy(cnf)
+    hessian_stats(cnf, lambda m: -m.log_prob(x).mean(), method="exact")
+
+    assert cnf.training
+    for name, tensor in before.items():
+        assert torch.equal(tensor.view(-1).view(torch.uint8), cnf.state_dict()[name].view(-1).view(torch.uint8)), name

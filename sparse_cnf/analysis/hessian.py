@@ -354,16 +354,18 @@ def _hutchinson_trace(
     rtol: float,
     min_samples: int,
     max_samples: int,
+    patience: int,
 ) -> tuple[float, float, int]:
     """Return Hutchinson's trace estimate, its standard error and the number of vectors used."""
     estimates = []
     previous_mean = math.nan
+    calm_steps = 0
     for _ in range(max_samples):
         z = rng.integers(0, 2, size=n).astype(np.float64) * 2.0 - 1.0
         estimates.append(float(z @ matvec(z)))
         mean = float(np.mean(estimates))
-        converged = abs(mean - previous_mean) <= rtol * abs(mean)
-        if len(estimates) >= min_samples and converged:
+        calm_steps = calm_steps + 1 if abs(mean - previous_mean) <= rtol * abs(mean) else 0
+        if len(estimates) >= min_samples and calm_steps >= patience:
             break
         previous_mean = mean
     else:
@@ -503,6 +505,7 @@ def hessian_stats(
     trace_rtol: float = 1e-3,
     trace_min_samples: int = 10,
     trace_max_samples: int = 300,
+    trace_patience: int = 3,
     positive_rtol: float | None = None,
     density_vectors: int = 0,
     density_steps: int = 30,
@@ -522,8 +525,10 @@ def hessian_stats(
       largest and the `num_smallest` smallest algebraic eigenvalues, started from seeded
       vectors so the result is reproducible.
     - trace: Hutchinson's estimator with Rademacher vectors, stopped once the running mean
-      changes by at most `trace_rtol` relative (after at least `trace_min_samples` vectors),
-      reported with its standard error.
+      has changed by at most `trace_rtol` relative for `trace_patience` vectors in a row
+      (after at least `trace_min_samples` vectors), reported with its standard error. A
+      single small change can happen by chance long before the mean settles, which is why
+      the test must hold for several vectors.
     - condition = lambda_max / lambda_min, which keeps the sign of lambda_min, so a negative
       value marks a saddle point. condition_positive = lambda_max / lambda_min_positive, where
       lambda_min_positive is the smallest eigenvalue found above
@@ -563,6 +568,8 @@ def hessian_stats(
         trace_rtol: relative change of the running trace mean at which Hutchinson stops.
         trace_min_samples: fewest Hutchinson vectors, at least 2.
         trace_max_samples: most Hutchinson vectors; reaching it warns.
+        trace_patience: consecutive vectors that must each change the running mean by at most
+            `trace_rtol` relative before Hutchinson stops, at least 1.
         positive_rtol: eigenvalues at or below `positive_rtol * lambda_max` count as zero for
             `condition_positive`; None uses 1000 times the machine epsilon of the parameters' dtype.
         density_vectors: start vectors for stochastic Lanczos quadrature, 0 to skip it.
@@ -588,6 +595,7 @@ def hessian_stats(
             "eigsh_maxiter": eigsh_maxiter,
             "trace_min_samples": trace_min_samples,
             "trace_max_samples": trace_max_samples,
+            "trace_patience": trace_patience,
             "density_vectors": density_vectors,
             "density_steps": density_steps,
         },
@@ -601,6 +609,8 @@ def hessian_stats(
         raise ValueError(
             f"`trace_max_samples` ({trace_max_samples}) must be at least `trace_min_samples` ({trace_min_samples})"
         )
+    if trace_patience < 1:
+        raise ValueError(f"`trace_patience` must be at least 1; got {trace_patience}")
     if density_steps < 1:
         raise ValueError(f"`density_steps` must be at least 1; got {density_steps}")
 
@@ -637,7 +647,7 @@ def hessian_stats(
             eigenvalues = np.sort(np.concatenate([smallest, largest]))
             phase = time.perf_counter()
             trace, trace_stderr, trace_samples = _hutchinson_trace(
-                hvp, n, trace_rng, trace_rtol, trace_min_samples, trace_max_samples
+                hvp, n, trace_rng, trace_rtol, trace_min_samples, trace_max_samples, trace_patience
             )
             timings["trace"] = time.perf_counter() - phase
 
