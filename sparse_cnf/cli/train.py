@@ -1,0 +1,123 @@
+"""`sparse-cnf-train`: compose a run with Hydra, train and prune a CNF, write its results table."""
+
+__all__ = ["main", "train"]
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from sparse_cnf.cli.common import (
+    CONFIG_DIR,
+    build_datamodule,
+    build_loggers,
+    configure_environment,
+    finish_wandb,
+    resolve_ckpt_path,
+    to_plain,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float:
+    """Train one run as `cfg` describes and return the last round's validation NLL.
+
+    Everything that a config can get wrong (names, tolerances, files, schedules) is checked
+    while the objects are built, before the first training step.
+
+    Args:
+        cfg: The composed `train.yaml` config.
+
+    Returns:
+        The best validation NLL of the last round, in nats (what a Hydra sweeper minimizes).
+    """
+    import lightning.pytorch as pl
+
+    from sparse_cnf.lit import AtomicCheckpointIO, CNFSystem, PruneFinetune, RoundAnalysis
+    from sparse_cnf.pruning import PruneConfig
+
+    run_dir = Path(cfg.run_dir)
+    configure_environment(cfg, run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    # Phase 1: build and validate everything before training starts.
+    datamodule = build_datamodule(cfg.dataset, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    system = CNFSystem(
+        dim=datamodule.dim,
+        model=to_plain(cfg.model),
+        solver=to_plain(cfg.solver),
+        optimizer=to_plain(cfg.optimizer),
+        scheduler=to_plain(cfg.scheduler),
+        seed=cfg.seed,
+        bits_per_dim=datamodule.hparams.name == "mnist",
+    )
+    prune_cfg = PruneConfig.from_config(to_plain(cfg.prune))
+    pruner = PruneFinetune(
+        ratios=prune_cfg.schedule.ratios,
+        dense_epochs=cfg.epochs,
+        epochs_per_round=prune_cfg.epochs_per_round,
+        method=prune_cfg.method,
+        rewind=prune_cfg.rewind,
+        results_dir=str(run_dir),
+    )
+    analysis = RoundAnalysis.from_config(to_plain(cfg.analysis), run_dir=run_dir)
+    loggers = build_loggers(cfg, run_dir)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values()]
+    if not loggers:
+        # Lightning rejects a learning-rate monitor without a logger; with logger=none it has
+        # nowhere to write anyway.
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    if cfg.trainer.get("max_epochs") is not None and cfg.trainer.max_epochs != pruner.total_epochs:
+        raise ValueError(
+            f"trainer.max_epochs={cfg.trainer.max_epochs} disagrees with epochs={cfg.epochs} plus the "
+            f"prune schedule ({pruner.total_epochs} epochs in all). Set `epochs` and "
+            "`prune.epochs_per_round` instead and leave trainer.max_epochs null."
+        )
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        max_epochs=pruner.total_epochs,
+        callbacks=[pruner, analysis, *callbacks],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+    ckpt_path = resolve_ckpt_path(cfg, run_dir)
+    log.info("data: %s", datamodule.info)
+    log.info("run folder: %s%s", run_dir, f" (resuming from {ckpt_path})" if ckpt_path else "")
+
+    # Phase 2: train, prune, fine-tune.
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except BaseException:
+        finish_wandb(loggers, failed=True)
+        raise
+    finish_wandb(loggers, failed=False)
+
+    # Phase 3: report.
+    rows = pruner.rows
+    if rows:
+        log.info("results: %s and %s", run_dir / "results.csv", run_dir / "results.json")
+    if analysis.plot_dir is not None and analysis.plot_dir.exists():
+        log.info("plots: %s", analysis.plot_dir)
+    return float(rows[-1]["val_nll"]) if rows else math.nan
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+def main() -> Any:
+    """Console entry point of `sparse-cnf-train`."""
+    return _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

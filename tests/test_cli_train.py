@@ -1,0 +1,179 @@
+"""Workflow tests of `sparse-cnf-train`: a real Trainer on tiny data, resume, sweeps, wandb."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_cnf.cli.common import compose
+from sparse_cnf.cli.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MINIBOONE = REPO.parent / "shared" / "data" / "miniboone" / "val.npy"
+
+# Toy data and a model small enough that an epoch takes a fraction of a second.
+TINY_DATA = ["dataset.n_train=256", "dataset.n_val=128", "dataset.n_test=128", "dataset.batch_size=64"]
+TINY = [
+    "model.hidden=[16,16]",
+    "solver.rtol=1e-4",
+    "solver.atol=1e-4",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "analysis.modes.num_samples=400",
+    "analysis.modes.num_sets=2",
+    "analysis.plots.enabled=false",
+]
+
+
+def _run(tmp_path: Path, *overrides: str, logger: str = "none") -> float:
+    data = [] if any(o.startswith("dataset=") for o in overrides) else TINY_DATA
+    return train(compose([*data, *TINY, f"logger={logger}", f"run_dir={tmp_path}", *overrides]))
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_fast_dev_run(tmp_path):
+    _run(tmp_path, "trainer=debug", "prune=default")
+
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_dense_run_writes_results(tmp_path):
+    val_nll = _run(tmp_path, "epochs=2", "prune=default")
+    rows = _rows(tmp_path)
+
+    assert len(rows) == 1
+    assert rows[0]["val_nll"] == pytest.approx(val_nll)
+    assert torch.isfinite(torch.tensor(rows[0]["test_nll"]))
+    assert 0.0 <= rows[0]["good_2std"] <= 100.0
+    assert (tmp_path / "results.csv").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "rounds" / "round_00.ckpt").is_file()
+
+
+def test_load_from_checkpoint_without_arguments(tmp_path):
+    from sparse_cnf.lit import CNFSystem
+
+    _run(tmp_path, "epochs=1", "prune=default")
+    system = CNFSystem.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    x = torch.randn(5, 2)
+
+    assert system(x).shape == (5,)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    common = ["prune=default", "trainer.deterministic=true", "scheduler=multistep", "scheduler.milestones=[1]"]
+    _run(tmp_path / "straight", "epochs=2", *common)
+    _run(tmp_path / "split", "epochs=1", *common)
+    _run(tmp_path / "split", "epochs=2", *common)
+
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert split["epoch"] == straight["epoch"] == 1
+    assert split["global_step"] == straight["global_step"]
+    assert split["lr_schedulers"][0]["last_epoch"] == straight["lr_schedulers"][0]["last_epoch"]
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(split["state_dict"][key], value), key
+    straight_adam = straight["optimizer_states"][0]["state"]
+    split_adam = split["optimizer_states"][0]["state"]
+    for index, state in straight_adam.items():
+        assert torch.equal(split_adam[index]["exp_avg"], state["exp_avg"]), index
+
+
+def test_resume_from_missing_checkpoint_names_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        _run(tmp_path, "ckpt_path=nope.ckpt")
+
+
+@pytest.mark.parametrize(("override", "pattern"), [
+    ("solver.method=dopri55", "dopri55"),
+    ("solver.rtol=-1e-5", "rtol"),
+    ("model.activation=tanhh", "tanhh"),
+    ("model.field=resnet", "resnet"),
+    ("resume=maybe", "resume"),
+    ("torch_threads=0", "torch_threads"),
+])
+def test_bad_value_fails_before_training(tmp_path, override, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        _run(tmp_path, override)
+
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_table_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        _run(tmp_path, "dataset=table", f"dataset.path={tmp_path / 'missing.npy'}")
+
+
+def test_table_wrong_column_count(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "table.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(300, 3)))
+
+    with pytest.raises(ValueError, match="expected_dim"):
+        _run(tmp_path / "run", "dataset=table", f"dataset.path={path}", "dataset.expected_dim=4")
+
+
+def test_max_epochs_mismatch_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="max_epochs"):
+        _run(tmp_path, "trainer.max_epochs=7")
+
+
+def test_wandb_offline_run(tmp_path, monkeypatch):
+    for variable in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    # Any attempt to reach a server fails at once instead of hanging.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    _run(tmp_path, "epochs=1", "prune=default", logger="wandb")
+
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.skipif(not SHARED_MINIBOONE.is_file(), reason=f"real MINIBOONE rows not found at {SHARED_MINIBOONE}")
+def test_real_miniboone_nll_falls(tmp_path):
+    overrides = [
+        "dataset=table", f"dataset.path={SHARED_MINIBOONE}", "dataset.batch_size=256",
+        "model=concatsquash", "model.hidden=[64,64]", "solver.rtol=1e-3", "solver.atol=1e-3",
+        "optimizer.lr=2e-3", "epochs=3", "prune=default", "analysis.modes.enabled=false",
+    ]
+    _run(tmp_path, *overrides, logger="csv")
+    with (tmp_path / "csv" / "version_0" / "metrics.csv").open() as handle:
+        val_nll = [float(row["val/nll"]) for row in csv.DictReader(handle) if row.get("val/nll")]
+    rows = _rows(tmp_path)
+
+    assert len(val_nll) == 3
+    assert all(math.isfinite(v) for v in val_nll)
+    assert val_nll[-1] < val_nll[0]
+    assert math.isfinite(rows[0]["test_nll"])
+
+
+@pytest.mark.slow
+def test_multirun_two_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "sparse_cnf.cli.train", "-m", "seed=0,1", *TINY_DATA, *TINY, "logger=none", "epochs=1", "prune=default",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert (sweep / job / "results.json").is_file()
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
