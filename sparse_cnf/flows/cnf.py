@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from sparse_cnf.flows.conv import CONV_FIELD_KINDS, build_conv_fields
 from sparse_cnf.flows.divergence import NOISE_KINDS, divergence_exact, divergence_hutchinson, sample_noise
-from sparse_cnf.flows.fields import build_field
+from sparse_cnf.flows.fields import FIELD_KINDS, build_field
 from sparse_cnf.flows.solver import MonitoredDynamics, NFECounter, SolverOptions, odeint_checked
 
 DIVERGENCE_KINDS = ("exact", "hutchinson")
@@ -559,21 +560,28 @@ def build_cnf(
     divergence: str = "exact",
     noise: str = "gaussian",
     solver: SolverOptions | Mapping | None = None,
+    image_shape: Sequence[int] | None = None,
+    num_scales: int | None = None,
 ) -> CNF:
     """Build a CNF from plain config values, one new field per block.
 
     Args:
         dim: state dimension D.
-        field: "mlp" or "concatsquash".
-        hidden: widths of the hidden layers of every field.
+        field: "mlp", "concatsquash", or an image field of `sparse_cnf.flows.conv`:
+            "conv" (FFJORD's concat convolutions) or "conv_concatsquash".
+        hidden: widths of the hidden layers of every field (channels for image fields).
         activation: a key of `sparse_cnf.flows.fields.ACTIVATIONS`.
         time_input: whether t is an input of an MLP field.
-        num_blocks: number of stacked blocks.
+        num_blocks: number of stacked blocks; for image fields, blocks per stage of the
+            multiscale layout (`sparse_cnf.flows.conv.multiscale_stages`).
         T: end time of every block.
         learnable_T: learn each block's end time.
         divergence: "exact" or "hutchinson".
         noise: Hutchinson noise, "gaussian" or "rademacher".
         solver: solver options or a mapping of them, shared by the blocks.
+        image_shape: (C, H, W) of flattened images; image fields only.
+        num_scales: scales of the multiscale layout; image fields only. None takes FFJORD's
+            rule, 1 gives a single-scale model.
 
     Returns:
         The flow.
@@ -584,17 +592,28 @@ def build_cnf(
     if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
         raise ValueError(f"`num_blocks` must be an int >= 1; got {num_blocks!r}.")
     options = SolverOptions.from_mapping(solver)
+    if field in CONV_FIELD_KINDS:
+        fields = build_conv_fields(field, dim, image_shape, hidden, activation, time_input, num_blocks, num_scales)
+    elif field in FIELD_KINDS:
+        if image_shape is not None or num_scales is not None:
+            raise ValueError(
+                f"`image_shape` and `num_scales` apply only to the image fields {', '.join(CONV_FIELD_KINDS)}; "
+                f"got them with field {field!r}. Remove them or pick an image field."
+            )
+        fields = [build_field(field, dim, hidden, activation, time_input) for _ in range(num_blocks)]
+    else:
+        raise ValueError(f"`field` must be one of {', '.join(FIELD_KINDS + CONV_FIELD_KINDS)}; got {field!r}.")
 
     blocks = [
         CNFBlock(
-            build_field(field, dim, hidden, activation, time_input),
+            field_module,
             T=T,
             learnable_T=learnable_T,
             divergence=divergence,
             noise=noise,
             solver=options,
         )
-        for _ in range(num_blocks)
+        for field_module in fields
     ]
 
     return CNF(blocks, dim)
