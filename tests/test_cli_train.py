@@ -167,7 +167,7 @@ def test_real_miniboone_nll_falls(tmp_path):
 def test_multirun_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "sparse_cnf.cli.train", "-m", "seed=0,1", *TINY_DATA, *TINY, "logger=none", "epochs=1", "prune=default",
+        sys.executable, "-m", "sparse_cnf.cli.train", "-m", "seed=0,1", *TINY_DATA, *TINY, "logger=none", "epochs=1", "prune=default", "torch_threads=1",
         f"hydra.sweep.dir={sweep}",
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})

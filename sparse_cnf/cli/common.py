@@ -7,12 +7,14 @@ __all__ = [
     "compose",
     "configure_environment",
     "finish_wandb",
+    "quiet_known_warnings",
     "resolve_ckpt_path",
     "to_plain",
 ]
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,12 @@ def finish_wandb(loggers: Sequence[Any], failed: bool) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def quiet_known_warnings() -> None:
+    """Hide warnings that Lightning 2.6 raises from its own code on every run, which users cannot act on."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
 def resolve_ckpt_path(cfg: DictConfig, run_dir: Path) -> str | None:

@@ -16,6 +16,7 @@ from sparse_cnf.cli.common import (
     build_datamodule,
     build_loggers,
     configure_environment,
+    quiet_known_warnings,
     finish_wandb,
     resolve_ckpt_path,
     to_plain,
@@ -116,6 +117,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> Any:
     """Console entry point of `sparse-cnf-train`."""
+    quiet_known_warnings()
     return _hydra_main()
 
 

@@ -11,11 +11,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from sparse_cnf.metrics import good_sample_share
+from sparse_cnf.analysis import hessian_stats, plot_flow
+from sparse_cnf.metrics import sample_good_share
 
 log = logging.getLogger(__name__)
 
 _SWITCHES = ("auto", True, False)
+_HESSIAN_KEYS = (
+    "num_data", "method", "mode", "exact_max_coordinates", "num_smallest", "eigsh_tol", "eigsh_maxiter",
+    "trace_rtol", "trace_min_samples", "trace_max_samples", "trace_patience", "positive_rtol",
+    "density_vectors", "recompute_graph",
+)
 
 
 def _switch(section: Mapping[str, Any], name: str) -> Any:
@@ -78,41 +84,108 @@ class RoundAnalysis(pl.Callback):
         """Compute this round's analysis columns and add them to `row`."""
         datamodule = trainer.datamodule
         cnf = pl_module.cnf
+        round_index = row["round"]
+        has_modes = datamodule is not None and getattr(datamodule, "mode_means", None) is not None
+        is_2d = datamodule is not None and getattr(datamodule, "dim", None) == 2
+
         was_training = cnf.training
         cnf.eval()
         try:
-            if self._wants(self.modes, datamodule is not None and getattr(datamodule, "mode_means", None) is not None):
-                row.update(self._mode_columns(cnf, datamodule, row["round"]))
+            if self._wants(self.modes, has_modes):
+                row.update(self._mode_columns(cnf, datamodule, round_index))
+            if self._wants(self.hessian, False):
+                row.update(self._hessian_columns(cnf, datamodule, round_index))
+            if self._wants(self.plots, is_2d) and self.plot_dir is not None:
+                paths = self._plot(cnf, datamodule, round_index)
+                self._log_images(trainer, paths, round_index)
         finally:
             cnf.train(was_training)
+            cnf.reset_nfe()
 
     @staticmethod
     def _wants(section: Mapping[str, Any], available: bool) -> bool:
         enabled = section.get("enabled", "auto")
         return available if enabled == "auto" else bool(enabled)
 
+    def _options(self, section: Mapping[str, Any], name: str, valid: Sequence[str]) -> dict[str, Any]:
+        options = {key: value for key, value in section.items() if key != "enabled"}
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown analysis.{name} keys {unknown}; valid keys are enabled, {', '.join(valid)}.")
+        return options
+
     @torch.no_grad()
     def _mode_columns(self, cnf: torch.nn.Module, datamodule: Any, round_index: int) -> dict[str, float]:
         if getattr(datamodule, "mode_means", None) is None:
-            raise ValueError("analysis.modes.enabled is true, but the dataset has no mode labels.")
-        num_samples = int(self.modes.get("num_samples", 20000))
-        num_sets = int(self.modes.get("num_sets", 3))
-        batch_size = int(self.modes.get("batch_size", 5000))
-        thresholds: Sequence[float] = self.modes.get("thresholds", (1, 2, 3, 5))
+            raise ValueError("analysis.modes.enabled is true, but the dataset has no mode labels; set it to auto or false.")
+        options = self._options(self.modes, "modes", ("num_samples", "num_sets", "batch_size", "thresholds"))
         param = next(cnf.parameters())
-        means = datamodule.mode_means.to(param)
-        covs = datamodule.mode_covs.to(param)
+        generator = torch.Generator(device=param.device).manual_seed(self._seed("modes", round_index))
 
-        per_set = []
-        for set_index in range(num_sets):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self._seed("modes", round_index, set_index))
-                chunks = [cnf.sample(min(batch_size, num_samples - start)) for start in range(0, num_samples, batch_size)]
-            per_set.append(good_sample_share(torch.cat(chunks), means, covs, thresholds))
+        summary = sample_good_share(
+            lambda n: cnf.sample(n, generator=generator),
+            datamodule.mode_means.to(param),
+            datamodule.mode_covs.to(param),
+            **options,
+        )
 
         columns: dict[str, float] = {}
-        for key in per_set[0]:
-            values = torch.tensor([shares[key] for shares in per_set], dtype=torch.float64)
-            columns[key] = float(values.mean())
-            columns[f"{key}_std"] = float(values.std()) if num_sets > 1 else 0.0
+        for key, value in summary.mean.items():
+            columns[key] = float(value)
+            if key.startswith("good_"):
+                columns[f"{key}_std"] = float(summary.std[key])
         return columns
+
+    def _hessian_columns(self, cnf: torch.nn.Module, datamodule: Any, round_index: int) -> dict[str, Any]:
+        options = self._options(self.hessian, "hessian", _HESSIAN_KEYS)
+        num_data = int(options.pop("num_data", 1000))
+        train = datamodule.splits["train"] if datamodule is not None else None
+        if train is None or not torch.is_floating_point(train):
+            raise ValueError("analysis.hessian needs a dataset whose training split is a float tensor (not MNIST images).")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self._seed("hessian-data")))
+        param = next(cnf.parameters())
+        subset = train[order[:num_data]].to(param)
+
+        # Hessian-vector products need the direct solver: the adjoint's gradients carry no graph.
+        solvers = [block.solver for block in cnf.blocks]
+        for block in cnf.blocks:
+            block.set_solver(block.solver.replace(adjoint=False))
+        try:
+            stats = hessian_stats(cnf, lambda model: -model.log_prob(subset).mean(), seed=self._seed("hessian", round_index), **options)
+        finally:
+            for block, solver in zip(cnf.blocks, solvers):
+                block.set_solver(solver)
+
+        columns: dict[str, Any] = dict(stats.as_metrics(prefix="hessian_"))
+        columns.update({
+            "hessian_method": stats.method,
+            "hessian_mode": stats.mode,
+            "hessian_solver": solvers[0].method,
+            "hessian_num_data": len(subset),
+            "hessian_seconds": round(stats.seconds, 3),
+        })
+        return columns
+
+    def _plot(self, cnf: torch.nn.Module, datamodule: Any, round_index: int) -> list[Path]:
+        options = self._options(self.plots, "plots", ("times", "grid_size", "num_samples", "bounds"))
+        fractions = [float(t) for t in options.get("times", (0.0, 0.25, 0.5, 0.75, 1.0))]
+        if any(not 0.0 <= t <= 1.0 for t in fractions):
+            raise ValueError(f"analysis.plots.times are fractions of the flow's total time in [0, 1]; got {fractions}.")
+        total = float(cnf.total_time())
+        times = [t * total for t in fractions]
+        field = cnf.blocks[0].field if len(cnf.blocks) == 1 else None
+        modes = datamodule.mode_means if datamodule is not None else None
+        bounds = tuple(options.get("bounds", (-3.0, 3.0, -3.0, 3.0)))
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed("plots", round_index))
+            return plot_flow(
+                cnf, times, self.plot_dir / f"round_{round_index:02d}", field=field, modes=modes, bounds=bounds,
+                num_samples=int(options.get("num_samples", 2000)), grid_size=int(options.get("grid_size", 100)),
+            )
+
+    @staticmethod
+    def _log_images(trainer: pl.Trainer, paths: Sequence[Path], round_index: int) -> None:
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key=f"flow/round_{round_index:02d}", images=[str(p) for p in paths], step=trainer.global_step)
