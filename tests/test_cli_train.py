@@ -177,3 +177,72 @@ def test_multirun_two_jobs(tmp_path):
     for job in ("0", "1"):
         assert (sweep / job / "results.json").is_file()
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+
+
+def _wandb_records(path: Path) -> list[bytes]:
+    """Split an offline `.wandb` file into its protobuf records.
+
+    The file is a 7-byte header followed by LevelDB-style log blocks of 32 KiB, each record a
+    7-byte header (CRC, length, type) and its payload; types 2, 3 and 4 are the first, middle
+    and last fragments of a record split across blocks.
+    """
+    import struct
+
+    data = path.read_bytes()
+    position, block, pending, records = 7, 32768, b"", []
+    while position + 7 <= len(data):
+        if block - position % block < 7:
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        payload = data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind == 0:
+            break
+        if kind == 1:
+            records.append(payload)
+        elif kind == 2:
+            pending = payload
+        elif kind == 3:
+            pending += payload
+        elif kind == 4:
+            records.append(pending + payload)
+    return records
+
+
+def _wandb_run_summary(run_dir: Path) -> dict:
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/*.wandb")
+    summary = {}
+    for raw in _wandb_records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            summary.update(name=record.run.display_name, group=record.run.run_group)
+        elif kind == "exit":
+            summary["exit_code"] = record.exit.exit_code
+    return summary
+
+
+@pytest.mark.slow
+def test_sweep_survives_failed_job_and_marks_it(tmp_path):
+    sweep = tmp_path / "sweep" / "run"
+    command = [
+        sys.executable, "-m", "sparse_cnf.cli.train", "-m", "solver.max_num_steps=1,10000", *TINY_DATA, *TINY,
+        "logger=wandb", "epochs=1", "prune=default", "torch_threads=1", f"hydra.sweep.dir={sweep}",
+    ]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+    assert result.returncode != 0
+    assert "step limit" in result.stderr
+    assert (sweep / "1" / "results.json").is_file()
+    failed, finished = _wandb_run_summary(sweep / "0"), _wandb_run_summary(sweep / "1")
+    assert failed["exit_code"] == 1
+    assert finished["exit_code"] == 0
+    assert failed["group"] == finished["group"] == "sweep/run"
+    assert "solver.max_num_steps=1," in failed["name"]
+    assert "solver.max_num_steps=10000" in finished["name"]

@@ -103,7 +103,8 @@ def _sweep_group() -> str | None:
     hydra_cfg = _hydra_config()
     if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    return Path(hydra_cfg.sweep.dir).as_posix().replace("/", "_")
+    # The last two parts of the sweep folder: DATE/TIME for the default multirun/DATE/TIME.
+    return "/".join(Path(hydra_cfg.sweep.dir).parts[-2:])
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:

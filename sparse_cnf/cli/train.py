@@ -58,6 +58,7 @@ def train(cfg: DictConfig) -> float:
         scheduler=to_plain(cfg.scheduler),
         seed=cfg.seed,
         bits_per_dim=datamodule.hparams.name == "mnist",
+        data={**to_plain(cfg.dataset), "seed": cfg.seed},
     )
     prune_cfg = PruneConfig.from_config(to_plain(cfg.prune))
     pruner = PruneFinetune(

@@ -81,26 +81,44 @@ class RoundAnalysis(pl.Callback):
     # ----------------------------------------------------------------------------------------
 
     def on_prune_round_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, row: dict[str, Any]) -> None:
-        """Compute this round's analysis columns and add them to `row`."""
-        datamodule = trainer.datamodule
-        cnf = pl_module.cnf
-        round_index = row["round"]
+        """Compute this round's analysis columns, add them to `row`, and log the pictures."""
+        columns, paths = self.analyze(pl_module.cnf, trainer.datamodule, row["round"])
+        row.update(columns)
+        self._log_images(trainer, paths, row["round"])
+
+    def analyze(self, cnf: torch.nn.Module, datamodule: Any, round_index: int = 0) -> tuple[dict[str, Any], list[Path]]:
+        """Run the enabled analyses on `cnf` with the data of `datamodule`.
+
+        The CNF is analysed in eval mode and left in its previous mode, with its NFE counters
+        reset.
+
+        Args:
+            cnf: The trained flow.
+            datamodule: The data module it was trained on (for modes, the Hessian subset, plots).
+            round_index: Round number, used in seeds and picture folder names.
+
+        Returns:
+            The result columns and the paths of the pictures written.
+        """
         has_modes = datamodule is not None and getattr(datamodule, "mode_means", None) is not None
         is_2d = datamodule is not None and getattr(datamodule, "dim", None) == 2
+        columns: dict[str, Any] = {}
+        paths: list[Path] = []
 
         was_training = cnf.training
         cnf.eval()
         try:
             if self._wants(self.modes, has_modes):
-                row.update(self._mode_columns(cnf, datamodule, round_index))
+                columns.update(self._mode_columns(cnf, datamodule, round_index))
             if self._wants(self.hessian, False):
-                row.update(self._hessian_columns(cnf, datamodule, round_index))
+                columns.update(self._hessian_columns(cnf, datamodule, round_index))
             if self._wants(self.plots, is_2d) and self.plot_dir is not None:
                 paths = self._plot(cnf, datamodule, round_index)
-                self._log_images(trainer, paths, round_index)
         finally:
             cnf.train(was_training)
             cnf.reset_nfe()
+
+        return columns, paths
 
     @staticmethod
     def _wants(section: Mapping[str, Any], available: bool) -> bool:

@@ -42,6 +42,8 @@ class CNFSystem(pl.LightningModule):
         seed: Base seed of the per-step random state.
         bits_per_dim: Also log `{stage}/bpd`, the bits per dimension of 8-bit images whose
             dequantized values were scaled to [0, 1) (adds D log 256 nats before dividing).
+        data: The dataset config the run used, stored with the checkpoint so that an analysis
+            of it can rebuild the same data; the system itself does not read it.
 
     References:
         FFJORD: Free-form Continuous Dynamics for Scalable Reversible Generative Models.
@@ -58,6 +60,7 @@ class CNFSystem(pl.LightningModule):
         scheduler_interval: str = "epoch",
         seed: int = 0,
         bits_per_dim: bool = False,
+        data: Mapping[str, Any] | None = None,
     ):
         super().__init__()
 
