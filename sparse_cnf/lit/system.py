@@ -89,6 +89,12 @@ class CNFSystem(pl.LightningModule):
 
     def _shared_step(self, batch: Tensor | tuple | list, batch_idx: int, stage: str) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not torch.isfinite(x).all():
+            bad_rows = int((~torch.isfinite(x.flatten(1))).any(dim=1).sum())
+            raise ValueError(
+                f"{stage} batch {batch_idx} of epoch {self.current_epoch} has {bad_rows} rows with NaN or "
+                "inf. Clean the data, or load tables with dataset.nonfinite=drop."
+            )
 
         self.cnf.reset_nfe()
         with torch.random.fork_rng(devices=[]):
