@@ -5,10 +5,13 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "CNF",
     "CNFBlock",
+    "ConcatConv2d",
+    "ConcatSquashConv2d",
     "ConcatSquashField",
     "ConcatSquashLinear",
     "FIXED_GRID_METHODS",
     "METHODS",
+    "ConvField",
     "MLPField",
     "MaskedConv2d",
     "MaskedLinear",
@@ -24,6 +27,7 @@ __all__ = [
 ]
 
 from sparse_cnf.flows.cnf import CNF, CNFBlock, build_cnf, standard_normal_log_prob
+from sparse_cnf.flows.conv import ConcatConv2d, ConcatSquashConv2d, ConvField
 from sparse_cnf.flows.divergence import divergence_exact, divergence_hutchinson, sample_noise
 from sparse_cnf.flows.fields import ACTIVATIONS, ConcatSquashField, ConcatSquashLinear, MLPField, build_field
 from sparse_cnf.flows.layers import MaskedConv2d, MaskedLinear, is_masked
