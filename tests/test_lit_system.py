@@ -73,3 +73,29 @@ def test_hyperparameters_are_plain():
 
     assert system.hparams.model == MODEL
     assert system.hparams.data == {"name": "gaussians"}
+
+
+def test_eval_divergence_switches_only_for_evaluation():
+    system = CNFSystem(dim=2, model={**MODEL, "divergence": "hutchinson"}, solver=SOLVER, optimizer=ADAMW, eval_divergence="exact")
+    block = system.cnf.blocks[0]
+
+    with system.divergence_for("val"):
+        assert block.divergence == "exact"
+    with system.divergence_for("train"):
+        assert block.divergence == "hutchinson"
+    assert block.divergence == "hutchinson"
+
+
+def test_exact_evaluation_is_noise_free():
+    system = CNFSystem(dim=2, model={**MODEL, "divergence": "hutchinson"}, solver=SOLVER, optimizer=ADAMW, eval_divergence="exact")
+    x = torch.randn(16, 2)
+
+    with system.divergence_for("test"):
+        first = system.cnf.log_prob(x)
+        second = system.cnf.log_prob(x)
+    assert torch.equal(first, second)
+
+
+def test_bad_eval_divergence():
+    with pytest.raises(ValueError, match="eval_divergence"):
+        _system(eval_divergence="brute_force")

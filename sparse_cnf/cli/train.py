@@ -59,6 +59,7 @@ def train(cfg: DictConfig) -> float:
         seed=cfg.seed,
         bits_per_dim=datamodule.hparams.name == "mnist",
         data={**to_plain(cfg.dataset), "seed": cfg.seed},
+        eval_divergence=cfg.get("eval_divergence"),
     )
     prune_cfg = PruneConfig.from_config(to_plain(cfg.prune))
     pruner = PruneFinetune(

@@ -242,7 +242,7 @@ class PruneFinetune(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         total, count = 0.0, 0
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), pl_module.divergence_for("test"):
             torch.manual_seed(pl_module._step_seed(f"round{self.round}/test", 0))
             for batch in datamodule.test_dataloader():
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
