@@ -121,7 +121,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
             if logger_cfg.get("group") is None:
                 kwargs["group"] = _sweep_group()
             # Passed after instantiation: `config` is also instantiate's own first argument, and
-            # the run config holds `_target_` keys that must stay plain values here.
+            # the run config contains `_target_` keys that must stay plain values here.
             kwargs["config"] = to_plain(cfg)
         log.debug("logger %s: %s", key, target)
         loggers.append(hydra.utils.instantiate(logger_cfg, _partial_=True)(**kwargs))

@@ -47,7 +47,7 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     results file and are reported in the log.
 
     Raises:
-        FileNotFoundError: When `sweep_dir` does not exist or holds no results.json.
+        FileNotFoundError: When `sweep_dir` does not exist or contains no results.json.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():

@@ -35,9 +35,10 @@ class RoundAnalysis(pl.Callback):
     """Add analysis columns to every prune round's results row.
 
     Called by `PruneFinetune` through `on_prune_round_end` with the round's best-validation
-    weights loaded. Columns: `good_{c}std` and `modes_{c}std` (mean over sample sets, with
-    `_std` companions) on datasets with mode labels; `hessian_*` when the Hessian is enabled;
-    pictures of the flow at several times for 2-D data, under `<run dir>/plots/round_XX/`.
+    weights loaded. On datasets with mode labels it adds `good_{c}std` and `modes_{c}std`, the
+    means over sample sets, with `good_{c}std_std` beside them. With the Hessian enabled it adds
+    the `hessian_*` columns. For 2-D data it draws the flow at several times under
+    `<run dir>/plots/round_XX/`.
 
     Args:
         modes: `enabled` (auto: when the data have modes), `num_samples` per set, `num_sets`,

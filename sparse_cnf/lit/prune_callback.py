@@ -31,13 +31,14 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 class PruneFinetune(pl.Callback):
     """Train dense, then prune to each target ratio in turn and fine-tune after every prune.
 
-    Round 0 trains the dense model for `dense_epochs`; round r >= 1 prunes the best-validation
-    model of round r - 1 to `ratios[r - 1]` and fine-tunes it for `epochs_per_round`. At every
-    round boundary the callback restores the round's best-validation weights, evaluates them
-    on the test split, appends a row to `results.json`/`results.csv` in `results_dir`, saves
-    `rounds/round_XX.ckpt`, and restarts the optimizer and learning-rate schedule
-    ("learning-rate rewinding"; with `rewind="weights"` the surviving weights also go back to
-    their values at the start of training, as for lottery tickets).
+    Round 0 trains the dense model for `dense_epochs`. Round r >= 1 prunes the best-validation
+    model of round r - 1 to `ratios[r - 1]` and fine-tunes it for `epochs_per_round`.
+
+    At every round boundary the callback restores the round's best-validation weights and
+    evaluates them on the test split. It appends a row to `results.json`/`results.csv` in
+    `results_dir` and saves `rounds/round_XX.ckpt`. Then it restarts the optimizer and the
+    learning-rate schedule ("learning-rate rewinding"). With `rewind="weights"` the surviving
+    weights also go back to their values at the start of training, as for lottery tickets.
 
     Callbacks that define `on_prune_round_end(trainer, pl_module, row)` are called before the
     row is written and may add columns to it.

@@ -43,8 +43,8 @@ class CNFSystem(pl.LightningModule):
         seed: Base seed of the per-step random state.
         bits_per_dim: Also log `{stage}/bpd`, the bits per dimension of 8-bit images whose
             dequantized values were scaled to [0, 1) (adds D log 256 nats before dividing).
-        data: The dataset config the run used, stored with the checkpoint so that an analysis
-            of it can rebuild the same data; the system itself does not read it.
+        data: The dataset config the run used. It is stored with the checkpoint so that an
+            analysis can rebuild the same data, and the system itself does not read it.
         eval_divergence: Divergence used for validation and test NLL: "exact" gives the
             model's log-likelihood itself rather than a Hutchinson estimate of it, which on 2-D
             data costs little; None uses the training divergence.
