@@ -99,3 +99,8 @@ def test_exact_evaluation_is_noise_free():
 def test_bad_eval_divergence():
     with pytest.raises(ValueError, match="eval_divergence"):
         _system(eval_divergence="brute_force")
+
+
+def test_scheduler_without_target_is_rejected():
+    with pytest.raises(ValueError, match=r"scheduler config has no `_target_`.*milestones"):
+        _system(scheduler={"milestones": [10]})

@@ -75,6 +75,12 @@ class CNFSystem(pl.LightningModule):
             raise ValueError(
                 f"scheduler_interval must be 'epoch' or 'step'; got {scheduler_interval!r}."
             )
+        for name, cfg in (("optimizer", optimizer), ("scheduler", scheduler)):
+            if cfg and "_target_" not in cfg:
+                raise ValueError(
+                    f"{name} config has no `_target_`: got {dict(cfg)}. Choose an option of the "
+                    f"{name} group (for example {name}=default), or set {name}._target_ to a class path."
+                )
         self.save_hyperparameters()
         self.cnf = build_cnf(int(dim), **dict(model), solver=dict(solver))
         # ModuleDict keys may not shadow Module methods such as `train`, hence the suffix.
