@@ -147,10 +147,16 @@ def test_from_config_whole_group():
     assert PruneSchedule.from_config(config).ratios == (0.2, 0.52, 0.75, 0.9)
 
 
+def test_conf_mode_collapse_ratios():
+    config = PruneConfig.from_config(OmegaConf.load(CONF / "mode_collapse.yaml"))
+
+    assert config.schedule.ratios == (0.2, 0.256, 0.52, 0.712, 0.751, 0.98)
+
+
 def test_conf_files_present():
     names = sorted(path.stem for path in CONF.glob("*.yaml"))
 
-    assert names == ["default", "demo", "hepmass_mnist", "miniboone", "power_gas_bsds", "toy"]
+    assert names == ["default", "demo", "hepmass_mnist", "miniboone", "mode_collapse", "power_gas_bsds", "toy"]
 
 
 def test_conf_default_dense_only():
@@ -167,7 +173,7 @@ def test_conf_matches_preset(name):
     assert config.schedule.ratios == pytest.approx(PAPER_SCHEDULES[name].ratios, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["demo", "toy", "power_gas_bsds", "hepmass_mnist", "miniboone"])
+@pytest.mark.parametrize("name", ["demo", "mode_collapse", "toy", "power_gas_bsds", "hepmass_mnist", "miniboone"])
 def test_conf_exact_nonzero_counts(name):
     schedule = PruneConfig.from_config(OmegaConf.load(CONF / f"{name}.yaml")).schedule
     model = TimeMLP(hidden=(64, 64, 64))
