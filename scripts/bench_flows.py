@@ -31,17 +31,13 @@ Example:
 """
 
 import argparse
-import datetime
 import importlib
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,6 +47,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from sparse_cnf.data import make_toy
 from sparse_cnf.flows import build_cnf, standard_normal_log_prob
+
+from bench_machine import git_commit, machine_info
 
 HIDDEN = (64, 64, 64)
 DIVERGENCES = ("exact", "hutchinson")
@@ -295,40 +293,6 @@ def _run_configuration(
 # Machine and report
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit(path: Path) -> str | None:
-    try:
-        completed = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return completed.stdout.strip()
-
-
-def _machine() -> dict:
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchdiffeq": torchdiffeq.__version__,
-        "load_average_start": os.getloadavg(),
-        "sparse_cnf_commit": _git_commit(Path(__file__).resolve().parent),
-    }
-
-
 def _cross_ratios(results: list[dict]) -> list[dict]:
     """Pair sparse_cnf with direct backpropagation against FFJORD with the adjoint, which its CNF class always uses."""
     pairs = []
@@ -386,7 +350,7 @@ def _command() -> str:
 
 def main() -> None:
     args = _parse_arguments()
-    machine = _machine()
+    machine = machine_info()
     reference = _load_reference(args.reference) if args.reference is not None else None
 
     needed = args.iterations * args.batch_size
@@ -407,7 +371,7 @@ def main() -> None:
         "command": _command(),
         "machine": machine,
         "reference": None if args.reference is None else {
-            "path": str(args.reference), "commit": _git_commit(args.reference)},
+            "path": str(args.reference), "commit": git_commit(args.reference)},
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "results": results,
         "sparse_cnf_direct_vs_ffjord_adjoint": cross,

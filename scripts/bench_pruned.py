@@ -23,24 +23,22 @@ Example:
 
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
-import torchdiffeq
 from torch import Tensor
 
 from sparse_cnf.data import make_toy
 from sparse_cnf.flows import CNF, build_cnf
 from sparse_cnf.pruning import count_parameters, export_structured, prune_structured, prune_unstructured
+
+from bench_machine import machine_info
 
 
 def _parse_arguments() -> argparse.Namespace:
@@ -175,41 +173,6 @@ def _measure(models: dict[str, CNF], test: Tensor, args: argparse.Namespace) -> 
     return summary
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit(path: Path) -> str | None:
-    try:
-        completed = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return completed.stdout.strip()
-
-
-def _machine(threads: int) -> dict:
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchdiffeq": torchdiffeq.__version__,
-        "torch_threads": threads,
-        "load_average_start": os.getloadavg(),
-        "sparse_cnf_commit": _git_commit(Path(__file__).resolve().parent),
-    }
-
-
 def _markdown(summary: dict[str, dict]) -> str:
     dense = summary["dense"]
     lines = [
@@ -235,7 +198,7 @@ def _markdown(summary: dict[str, dict]) -> str:
 def main() -> None:
     args = _parse_arguments()
     torch.set_num_threads(args.threads)
-    machine = _machine(args.threads)
+    machine = machine_info(args.threads)
 
     # Data: the toy set scaled by the scalar mean and std of the training points. The test
     # points come from another seed and use the same scaling.
