@@ -59,8 +59,17 @@ def test_dense_run_writes_results(tmp_path):
     assert torch.isfinite(torch.tensor(rows[0]["test_nll"]))
     assert 0.0 <= rows[0]["good_2std"] <= 100.0
     assert (tmp_path / "results.csv").is_file()
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "rounds" / "round_00.ckpt").is_file()
+
+
+def test_last_checkpoint_every_epoch(tmp_path):
+    # A large learning rate makes validation NLL worse in later epochs, so the best checkpoint
+    # stops moving; last.ckpt must still be the final epoch.
+    _run(tmp_path, "epochs=4", "prune=default", "optimizer.lr=0.5")
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+
+    assert last["epoch"] == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("last")) == ["last.ckpt"]
 
 
 def test_load_from_checkpoint_without_arguments(tmp_path):
@@ -246,3 +255,37 @@ def test_sweep_survives_failed_job_and_marks_it(tmp_path):
     assert failed["group"] == finished["group"] == "sweep/run"
     assert "solver.max_num_steps=1," in failed["name"]
     assert "solver.max_num_steps=10000" in finished["name"]
+
+
+def test_missing_dataset_path_names_key(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset.path is required.*dataset.path="):
+        _run(tmp_path, "dataset=table")
+
+
+def test_float64_data_needs_float64_precision(tmp_path):
+    with pytest.raises(ValueError, match="trainer.precision=64-true"):
+        _run(tmp_path, "dataset.dtype=float64")
+
+
+def test_zero_epochs_names_key(tmp_path):
+    with pytest.raises(ValueError, match=r"^epochs \(of dense training\) must be at least 1"):
+        _run(tmp_path, "epochs=0")
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    first = _run(tmp_path, "epochs=1", "prune.epochs_per_round=1", "prune.schedule.ratios=[0.5]")
+    before = (tmp_path / "results.json").read_text()
+    last = (tmp_path / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+
+    again = _run(tmp_path, "epochs=1", "prune.epochs_per_round=1", "prune.schedule.ratios=[0.5]")
+
+    assert again == first
+    assert (tmp_path / "results.json").read_text() == before
+    assert (tmp_path / "checkpoints" / "last.ckpt").stat().st_mtime_ns == last
+
+
+def test_error_is_written_to_run_log(tmp_path, caplog):
+    with pytest.raises(ValueError):
+        _run(tmp_path, "solver.method=dopri55")
+
+    assert any("run failed: ValueError" in record.getMessage() for record in caplog.records)

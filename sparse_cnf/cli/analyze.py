@@ -4,6 +4,7 @@ __all__ = ["analyze", "main"]
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     }
 
     out = run_dir / "analysis.json"
-    atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
+    clean = {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in result.items()}
+    atomic_write_bytes(out, (json.dumps(clean, indent=2) + "\n").encode())
     log.info("analysis of %s: %s", ckpt_path, out)
     return result
 

@@ -85,6 +85,15 @@ def build_datamodule(dataset_cfg: DictConfig, seed: int) -> Any:
     """Build the data module from the `dataset` group (with `_target_` or plain keyword arguments)."""
     from sparse_cnf.data.datamodule import FlowDataModule
 
+    if OmegaConf.is_config(dataset_cfg):
+        missing = sorted(OmegaConf.missing_keys(dataset_cfg))
+        if missing:
+            hints = {"path": "a .npy or .csv file", "root": "the folder of the downloaded data"}
+            key = missing[0]
+            raise ValueError(
+                f"dataset.{key} is required for dataset {dataset_cfg.get('name')!r}: pass "
+                f"dataset.{key}=... ({hints.get(key, 'a value')})."
+            )
     kwargs = to_plain(dataset_cfg)
     kwargs.setdefault("seed", seed)
     if "_target_" in kwargs:
