@@ -30,6 +30,7 @@ def sweep(tmp_path_factory) -> Path:
         train(cfg)
         (job / ".hydra").mkdir()
         OmegaConf.save(cfg, job / ".hydra" / "config.yaml", resolve=True)
+        OmegaConf.save(OmegaConf.create([f"seed={seed}", "epochs=1"]), job / ".hydra" / "overrides.yaml")
     return root
 
 
@@ -106,3 +107,16 @@ def test_summarize_cli_missing_folder(tmp_path, capsys):
 
     assert info.value.code == 2
     assert "absent" in capsys.readouterr().err
+
+
+def test_jobs_with_other_settings_stay_apart(sweep, tmp_path):
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    OmegaConf.save(OmegaConf.create(["seed=1", "epochs=1", "model.hidden=[8]"]), copy / "1" / ".hydra" / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create(["seed=0", "epochs=1", "model.hidden=[16,16]"]), copy / "0" / ".hydra" / "overrides.yaml")
+    table = nll_table(collect_rows(copy))
+
+    assert sorted(entry["setting"] for entry in table) == ["model.hidden=[16,16]", "model.hidden=[8]"]
+    assert [entry["seeds"] for entry in table] == [1, 1]

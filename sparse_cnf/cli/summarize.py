@@ -53,14 +53,26 @@ def collect_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist; pass the folder a multirun wrote (multirun/DATE/TIME).")
 
-    rows: list[dict[str, Any]] = []
+    jobs = []
     for results in sorted(sweep_dir.rglob("results.json")):
         job_dir = results.parent
         config_path = job_dir / ".hydra" / "config.yaml"
         config = OmegaConf.to_container(OmegaConf.load(config_path)) if config_path.is_file() else {}
+        overrides_path = job_dir / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.to_container(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
+        jobs.append((job_dir, config, dict(o.split("=", 1) for o in overrides if "=" in o)))
+
+    # Overrides that differ between jobs, other than the seed, tell settings apart: jobs are
+    # averaged together only when they agree on all of them.
+    keys = sorted({key for _, _, overrides in jobs for key in overrides})
+    swept = [k for k in keys if k != "seed" and len({overrides.get(k) for _, _, overrides in jobs}) > 1]
+
+    rows: list[dict[str, Any]] = []
+    for job_dir, config, overrides in jobs:
         tags = {name: _lookup(config, path) for name, path in _JOB_KEYS.items()}
+        tags["setting"] = ",".join(f"{k}={overrides.get(k, '')}" for k in swept)
         tags["job"] = str(job_dir.relative_to(sweep_dir))
-        for row in json.loads(results.read_text()):
+        for row in json.loads((job_dir / "results.json").read_text()):
             rows.append({**tags, **row})
 
     job_dirs = {p.parent for p in sweep_dir.rglob(".hydra")}
@@ -85,15 +97,19 @@ def _mean_std(values: Sequence[Any]) -> tuple[float, float, int]:
 
 
 def mode_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Good-sample share at 2 and 3 std by dataset, method and target prune ratio, mean and std over seeds."""
+    """Good-sample share at 2 and 3 std by dataset, method, setting and target prune ratio.
+
+    Each entry is the mean and std over the seeds of jobs that share every other swept override.
+    """
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
         if "good_2std" in row:
-            groups[(row.get("dataset"), row.get("method"), round(float(row["target_ratio"]), 4))].append(row)
+            key = (row.get("dataset"), row.get("method"), row.get("setting", ""), round(float(row["target_ratio"]), 4))
+            groups[key].append(row)
 
     table = []
-    for (dataset, method, ratio), members in sorted(groups.items(), key=lambda item: tuple(str(k) for k in item[0][:2]) + (item[0][2],)):
-        entry: dict[str, Any] = {"dataset": dataset, "method": method, "prune_ratio": ratio}
+    for (dataset, method, setting, ratio), members in sorted(groups.items(), key=lambda item: tuple(str(k) for k in item[0][:3]) + (item[0][3],)):
+        entry: dict[str, Any] = {"dataset": dataset, "method": method, "setting": setting, "prune_ratio": ratio}
         for key in ("good_2std", "good_3std", "modes_2std", "test_nll"):
             mean, std, count = _mean_std([m.get(key) for m in members])
             entry[key] = mean
@@ -104,20 +120,20 @@ def mode_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def nll_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Dense and best pruned test NLL, with nonzero parameters, by dataset and method.
+    """Dense and best pruned test NLL, with nonzero parameters, by dataset, method and setting.
 
     "Best pruned" is the round with the lowest mean test NLL over seeds among the prune rounds
     (round >= 1), as the Sparse Flows tables report it.
     """
     by_job_group: dict[tuple, dict[int, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        by_job_group[(row.get("dataset"), row.get("method"))][int(row["round"])].append(row)
+        by_job_group[(row.get("dataset"), row.get("method"), row.get("setting", ""))][int(row["round"])].append(row)
 
     table = []
-    for (dataset, method), rounds in sorted(by_job_group.items(), key=lambda item: tuple(str(k) for k in item[0])):
+    for (dataset, method, setting), rounds in sorted(by_job_group.items(), key=lambda item: tuple(str(k) for k in item[0])):
         dense = rounds.get(0, [])
         pruned = {r: members for r, members in rounds.items() if r > 0}
-        entry: dict[str, Any] = {"dataset": dataset, "method": method}
+        entry: dict[str, Any] = {"dataset": dataset, "method": method, "setting": setting}
         entry["dense_test_nll"], entry["dense_test_nll_std"], entry["seeds"] = _mean_std([m.get("test_nll") for m in dense])
         entry["dense_params"] = dense[0]["nonzero_params"] if dense else None
         if pruned:
@@ -183,7 +199,8 @@ def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None, plots: b
     text += ["## Good-sample share by prune ratio (mean and std over seeds)\n", _markdown(modes)]
     text += ["## Test NLL and nonzero parameters: dense and best pruned round\n", _markdown(nll)]
     if plots:
-        paths = plot_sweep(rows, out_dir, group_key="dataset")
+        group_key = "setting" if any(row["setting"] for row in rows) else "dataset"
+        paths = plot_sweep(rows, out_dir, group_key=group_key)
         text += ["## Plots\n"] + [f"![{p.stem}]({p.name})\n" for p in paths]
     summary = out_dir / "summary.md"
     atomic_write_bytes(summary, "\n".join(text).encode())
