@@ -47,8 +47,7 @@ def _analyze_cfg(ckpt: Path, out: Path, *overrides: str):
 def test_analyze_matches_round_columns(sweep, tmp_path):
     ckpt = sweep / "0" / "rounds" / "round_01.ckpt"
     cfg = _analyze_cfg(ckpt, tmp_path, "analysis.modes.num_samples=300", "analysis.modes.num_sets=2",
-                       "analysis.plots.enabled=true", "analysis.plots.grid_size=10", "analysis.plots.num_samples=50",
-                       "round=1")
+                       "analysis.plots.enabled=true", "analysis.plots.grid_size=10", "analysis.plots.num_samples=50")
     result = analyze(cfg)
     row = json.loads((sweep / "0" / "results.json").read_text())[1]
 
@@ -56,6 +55,7 @@ def test_analyze_matches_round_columns(sweep, tmp_path):
     assert result["nonzero_params"] == row["nonzero_params"]
     assert json.loads((tmp_path / "analysis.json").read_text())["good_3std"] == pytest.approx(row["good_3std"])
     assert len(result["plots"]) == 3
+    assert all("round_01" in p for p in result["plots"])
     assert all(Path(p).stat().st_size > 0 for p in result["plots"])
 
 

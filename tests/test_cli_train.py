@@ -154,6 +154,21 @@ def test_wandb_offline_run(tmp_path, monkeypatch):
     assert any(runs[0].glob("*.wandb"))
 
 
+def test_wandb_resume_keeps_run_id(tmp_path, monkeypatch):
+    for variable in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    _run(tmp_path, "epochs=1", "prune=default", logger="wandb")
+    _run(tmp_path, "epochs=2", "prune=default", logger="wandb")
+
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    run_id = (tmp_path / "wandb" / "run_id").read_text().strip()
+    # wandb names a folder offline-run-TIME-ID, with a suffix when two share the same second.
+    assert all(f"-{run_id}" in run.name for run in runs)
+
+
 @pytest.mark.skipif(not SHARED_MINIBOONE.is_file(), reason=f"real MINIBOONE rows not found at {SHARED_MINIBOONE}")
 def test_real_miniboone_nll_falls(tmp_path):
     overrides = [

@@ -5,6 +5,7 @@ __all__ = ["analyze", "main"]
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,12 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
 
     analysis = RoundAnalysis.from_config(to_plain(cfg.analysis), run_dir=run_dir)
-    columns, paths = analysis.analyze(system.cnf, datamodule, round_index=int(cfg.round))
+    round_index = cfg.get("round")
+    if round_index is None:
+        # rounds/round_XX.ckpt names its round; any other checkpoint counts as round 0.
+        match = re.fullmatch(r"round_(\d+)", ckpt_path.stem)
+        round_index = int(match.group(1)) if match else 0
+    columns, paths = analysis.analyze(system.cnf, datamodule, round_index=int(round_index))
     counts = count_parameters(system.cnf)
     result = {
         "ckpt_path": str(ckpt_path),

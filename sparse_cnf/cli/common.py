@@ -14,6 +14,8 @@ __all__ = [
 
 import logging
 import os
+import secrets
+import string
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,6 +118,18 @@ def _sweep_group() -> str | None:
     return "/".join(Path(hydra_cfg.sweep.dir).parts[-2:])
 
 
+def _wandb_run_id(run_dir: Path) -> str:
+    """Return the wandb run id stored in the run folder, creating and storing one on first use."""
+    path = run_dir / "wandb" / "run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    # Eight lowercase letters and digits, the form of the ids wandb generates itself.
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     """Instantiate the `logger` group; wandb runs get a name and group from the job when unset."""
     loggers = []
@@ -132,6 +146,10 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
             # Passed after instantiation: `config` is also instantiate's own first argument, and
             # the run config contains `_target_` keys that must stay plain values here.
             kwargs["config"] = to_plain(cfg)
+            if logger_cfg.get("id") is None:
+                # A resumed run logs into the wandb run its first attempt started.
+                kwargs["id"] = _wandb_run_id(run_dir)
+                kwargs["resume"] = "allow"
         log.debug("logger %s: %s", key, target)
         loggers.append(hydra.utils.instantiate(logger_cfg, _partial_=True)(**kwargs))
     return loggers
