@@ -13,7 +13,7 @@ import torchdiffeq
 
 
 def cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo, or what `platform` knows elsewhere."""
+    """Return the CPU model name from /proc/cpuinfo, or `platform.processor()` where that file is missing."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
