@@ -206,8 +206,8 @@ def test_multirun_two_jobs(tmp_path):
 def _wandb_records(path: Path) -> list[bytes]:
     """Split an offline `.wandb` file into its protobuf records.
 
-    The file is a 7-byte header followed by LevelDB-style log blocks of 32 KiB, each record a
-    7-byte header (CRC, length, type) and its payload; types 2, 3 and 4 are the first, middle
+    The file is a 7-byte header followed by LevelDB-style log blocks of 32 KiB. Each record is a
+    7-byte header (CRC, length, type) and its payload. Types 2, 3 and 4 are the first, middle
     and last fragments of a record split across blocks.
     """
     import struct
