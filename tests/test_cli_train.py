@@ -304,3 +304,15 @@ def test_error_is_written_to_run_log(tmp_path, caplog):
         _run(tmp_path, "solver.method=dopri55")
 
     assert any("run failed: ValueError" in record.getMessage() for record in caplog.records)
+
+
+def test_cli_config_error_is_one_line(tmp_path):
+    command = [sys.executable, "-m", "sparse_cnf.cli.train", "solver.method=dopri55", f"hydra.run.dir={tmp_path}"]
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 2
+    assert "Traceback" not in output
+    assert "run failed: ValueError: `solver.method` must be one of" in output
+    assert "got 'dopri55'" in (tmp_path / "train.log").read_text()

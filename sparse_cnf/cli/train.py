@@ -5,6 +5,7 @@ __all__ = ["main", "train"]
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ def _train(cfg: DictConfig) -> float:
     # Phase 2: train, prune, fine-tune.
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
-    except BaseException:
+    except BaseException as error:
+        error.raised_in_fit = True
         finish_wandb(loggers, failed=True)
         raise
     finish_wandb(loggers, failed=False)
@@ -154,9 +156,24 @@ def _train(cfg: DictConfig) -> float:
     return float(rows[-1]["val_nll"]) if rows else math.nan
 
 
+# Errors that a bad config value or file raises while the run is built, before training.
+_CONFIG_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except _CONFIG_ERRORS as error:
+        # A single run stops with the one line that train() logged, not a traceback. In a
+        # multirun the error propagates, so that Hydra marks the job failed and runs the others.
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        single_run = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+        if single_run and not getattr(error, "raised_in_fit", False) and not os.environ.get("HYDRA_FULL_ERROR"):
+            raise SystemExit(2) from error
+        raise
 
 
 def main() -> Any:
