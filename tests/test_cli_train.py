@@ -316,3 +316,9 @@ def test_cli_config_error_is_one_line(tmp_path):
     assert "Traceback" not in output
     assert "run failed: ValueError: `solver.method` must be one of" in output
     assert "got 'dopri55'" in (tmp_path / "train.log").read_text()
+
+
+def test_no_wandb_folders_without_wandb(tmp_path):
+    _run(tmp_path, "trainer=debug", "prune=default")
+
+    assert not (tmp_path / "wandb").exists()

@@ -58,7 +58,7 @@ def _hydra_config() -> DictConfig | None:
 
 
 def configure_environment(cfg: DictConfig, run_dir: Path) -> None:
-    """Set torch threads and keep wandb quiet, offline-capable and inside the run folder."""
+    """Create the run folder and set the number of torch threads."""
     run_dir.mkdir(parents=True, exist_ok=True)
 
     threads = cfg.get("torch_threads", "auto")
@@ -74,13 +74,6 @@ def configure_environment(cfg: DictConfig, run_dir: Path) -> None:
             raise ValueError(f"torch_threads must be 'auto' or a positive integer; got {threads!r}.")
         torch.set_num_threads(threads)
 
-    # wandb: no prompt, no crash reports, every file inside this job's folder.
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    for variable, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_CONFIG_DIR", "wandb/config")):
-        os.environ[variable] = str(run_dir / sub) if sub else str(run_dir)
-        Path(os.environ[variable]).mkdir(parents=True, exist_ok=True)
 
 
 def build_datamodule(dataset_cfg: DictConfig, seed: int) -> Any:
@@ -130,6 +123,16 @@ def _wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
+def _configure_wandb(run_dir: Path) -> None:
+    """Keep wandb quiet (no prompt, no crash reports) and every file of it inside the run folder."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    for variable, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb/cache"), ("WANDB_CONFIG_DIR", "wandb/config")):
+        os.environ[variable] = str(run_dir / sub) if sub else str(run_dir)
+        Path(os.environ[variable]).mkdir(parents=True, exist_ok=True)
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
     """Instantiate the `logger` group; wandb runs get a name and group from the job when unset."""
     loggers = []
@@ -139,6 +142,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
         kwargs: dict[str, Any] = {}
         target = str(logger_cfg.get("_target_", ""))
         if target.endswith("WandbLogger"):
+            _configure_wandb(run_dir)
             if logger_cfg.get("name") is None:
                 kwargs["name"] = _job_name(run_dir)
             if logger_cfg.get("group") is None:
