@@ -139,9 +139,10 @@ class FlowDataModule(pl.LightningDataModule):
       and standardized per column with training statistics.
     - MAF sets (`power`, `gas`, `hepmass`, `miniboone`, `bsds300`): `load_maf(name, root)`
       with the published splits; the fractions are not used.
-    - `mnist`: IDX files in `root`; the official test set, a `val_fraction` share of the
-      training images held out with `seed`, and uniform dequantization to [0, 1) with noise
-      fixed per (seed, epoch, image) in training and per image in evaluation.
+    - `mnist`: IDX files in `root`. The test set is the official one, and a `val_fraction`
+      share of the training images is held out with `seed`. Pixels get uniform dequantization
+      to [0, 1), with noise fixed per (seed, epoch, image) in training and per image in
+      evaluation.
 
     Args:
         name: one of `DATASETS`.

@@ -238,8 +238,8 @@ def multiscale_stages(image_shape: Sequence[int], num_scales: int | None = None)
 
     Every scale but the last has a stage on its input and a stage after one more squeeze,
     then factors out half of the channels. The last scale has a single stage. For MNIST
-    (1, 28, 28) with 3 scales: (0, 1), (1, 4), (1, 2), (2, 8), (2, 4), that is images of
-    1 x 28 x 28, 4 x 14 x 14, 2 x 14 x 14, 8 x 7 x 7 and 4 x 7 x 7.
+    (1, 28, 28) with 3 scales the stages are (0, 1), (1, 4), (1, 2), (2, 8) and (2, 4). Their
+    active images are 1 x 28 x 28, 4 x 14 x 14, 2 x 14 x 14, 8 x 7 x 7 and 4 x 7 x 7.
 
     Args:
         image_shape: (C, H, W) of the data.

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# NOTE: torch.nn.utils.prune is not used for the masks because its re-parametrization replaces
-# `weight` by `weight_orig` + a forward-time product: a fresh model then loads no pruned state
-# dict, the parameter order changes when pruning starts (so optimizer state breaks on resume),
+# NOTE: torch.nn.utils.prune is not used for the masks. Its re-parametrization replaces `weight`
+# by `weight_orig` times a mask at forward time, so a fresh model loads no pruned state dict.
+# The parameter order also changes when pruning starts, which breaks optimizer state on resume,
 # and `copy.deepcopy` fails after a forward pass with gradients. A mask buffer that always
 # exists (all ones until pruned) keeps keys, parameter order, copying and pickling unchanged.
 

@@ -191,8 +191,9 @@ def prune_unstructured(model: nn.Module, ratio: float, dense_total: int | None =
     pruning). Biases, hyper-layers and other parameters are never ranked. Entries masked before
     stay masked. The number of kept weights is chosen so that 1 - nonzero / dense_total equals
     `ratio`, with nonzero counted over all parameters by `count_parameters`. The nonzero count
-    is then round((1 - ratio) * dense_total) exactly, unless the masks leave no choice. At extreme ratios a hidden neuron can lose
-    every input and output weight; it then counts as removed, and `apply_masks` zeroes its bias.
+    is then round((1 - ratio) * dense_total) exactly, unless the masks leave no choice. At
+    extreme ratios a hidden neuron can lose every input and output weight. It then counts as
+    removed, and `apply_masks` zeroes its bias.
 
     Args:
         model: any module with masked layers.
